@@ -1,0 +1,1 @@
+"""Multi-exit training benchmark for pretrained transformer encoders."""
