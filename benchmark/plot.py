@@ -24,13 +24,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from benchmark import style  # noqa: E402
-from benchmark.tables import load_results  # noqa: E402
+from benchmark import style
+from benchmark.tables import load_results
 
 ONE_COLUMN, TWO_COLUMN = 3.4, 7.0  # inches; figures are saved at this size, so font sizes are final
 SHARE_THRESHOLD = 0.6
@@ -87,7 +87,7 @@ def _legend(fig, title: str, order: list[str] = ()) -> None:
     """One legend for the figure, entries in `order` (canonical strategy order), extras after."""
     entries = {}
     for ax in fig.axes:
-        for handle, text in zip(*ax.get_legend_handles_labels()):
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(text, handle)
     order = list(order)
     texts = sorted(entries, key=lambda t: order.index(t) if t in order else len(order))  # stable for extras
@@ -144,7 +144,8 @@ def fig_speedup_vs_threshold(early: pd.DataFrame, latency: pd.DataFrame | None, 
     rows = _select(early, task, model, rule=rule, split="dev")
     if rows.empty:
         raise MissingInput(f"no '{rule}' dev rows in early_exit.parquet")
-    fig, ax = plt.subplots(figsize=(TWO_COLUMN, _height(len(_main_strategies(rows)) + 2)), layout="constrained")
+    height = _height(len(_main_strategies(rows)) + 2)  # room for measured series
+    fig, ax = plt.subplots(figsize=(TWO_COLUMN, height), layout="constrained")
     for s in _main_strategies(rows):
         curve = _mean_sd(rows[rows["strategy"] == s], "threshold", "speedup_layers")
         _line_band(ax, curve.index, curve["mean"], curve["std"], style.color(s), style.label(s),
@@ -208,8 +209,8 @@ def fig_rules(early: pd.DataFrame, task: str, model: str, strategy: str):
     if rows.empty:
         raise MissingInput(f"no dev rows for strategy '{strategy}' in early_exit.parquet")
     fig, ax = plt.subplots(figsize=(ONE_COLUMN, 2.6), layout="constrained")
-    rules = sorted(rows["rule"].unique(), key=lambda r: (list(style.RULE_COLORS).index(r)
-                                                          if r in style.RULE_COLORS else len(style.RULE_COLORS), r))
+    known = list(style.RULE_COLORS)
+    rules = sorted(rows["rule"].unique(), key=lambda r: (known.index(r) if r in known else len(known), r))
     for rule in rules:
         by_rule = rows[rows["rule"] == rule]
         curve = by_rule.groupby("threshold").agg(
@@ -288,10 +289,12 @@ def draw_all(results_dir: Path, out_dir: Path = Path("plots"), formats=("png",),
     suffix = "" if rule == "maxprob" else f"_{rule}"
     # name, input file, draw(task, model), file-name suffix
     figures: list[tuple[str, str, Callable, str]] = [
-        ("gradient_cosine", "gradient_cosine", lambda t, m: fig_gradient_cosine(frames["gradient_cosine"], t, m), ""),
+        ("gradient_cosine", "gradient_cosine",
+         lambda t, m: fig_gradient_cosine(frames["gradient_cosine"], t, m), ""),
         ("speedup_vs_threshold", "early_exit",
          lambda t, m: fig_speedup_vs_threshold(frames["early_exit"], frames["latency"], t, m, rule), suffix),
-        ("exit_shares", "exit_counts", lambda t, m: fig_exit_shares(frames["exit_counts"], t, m, rule), suffix),
+        ("exit_shares", "exit_counts",
+         lambda t, m: fig_exit_shares(frames["exit_counts"], t, m, rule), suffix),
         ("accuracy_vs_speedup", "early_exit",
          lambda t, m: fig_accuracy_vs_speedup(frames["early_exit"], t, m, rule), suffix),
         ("balance_alpha", "early_exit", lambda t, m: fig_balance(frames["early_exit"], t, m, rule), suffix),
@@ -324,7 +327,8 @@ def draw_all(results_dir: Path, out_dir: Path = Path("plots"), formats=("png",),
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.plot", description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default results)")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="results folder (default results)")
     parser.add_argument("--out", type=Path, default=Path("plots"), help="output folder (default plots)")
     parser.add_argument("--format", default="png", help="comma-separated file formats, e.g. png,pdf")
     parser.add_argument("--rule", default="maxprob", help="early-exit rule of the sweep figures")

@@ -75,12 +75,14 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile("tiny-bert", ["rte"], [1, 2, 3], "mean", 1e-3, {"*": 1}, {"*": 256}, max_eval_samples=128),
+    # CPU profiles batch by length: on SST-2, random batches of 32 pad to 3x the real tokens
+    "smoke": Profile("tiny-bert", ["rte"], [1, 2, 3], "mean", 1e-3, {"*": 1}, {"*": 256}, max_eval_samples=128,
+                     group_by_length=True),
     "quick": Profile("minilm-l6", ["sst2"], [1, 2, 3], "mean", 1e-4, {"*": 1}, {"*": 4000},
                      strategies=["finetune", "joint", "two_stage", "separate_reverse", "separate_reverse_nokd",
-                                 "oracle"]),
+                                 "oracle"], group_by_length=True),
     "cpu": Profile("minilm-l6", ["sst2", "mrpc"], [1, 2, 3], "mean", 1e-4, {"sst2": 2, "mrpc": 3},
-                   {"sst2": 8000}, alpha_sweep_tasks=["sst2"]),
+                   {"sst2": 8000}, alpha_sweep_tasks=["sst2"], group_by_length=True),
     "paper": Profile("bert-base-uncased", ["rte", "mrpc", "sst2", "qnli", "qqp", "mnli"], [2, 4, 6], "cls", 2e-5,
                      {"*": 3}, alpha_sweep_tasks=["rte", "mrpc"], seeds=[0, 1, 2]),
 }
@@ -189,7 +191,8 @@ def _counts(labels) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(values, counts)}
 
 
-def execute(run: RunSpec, s: Settings, task_data: TaskData, collator, checkpoints: Path) -> tuple[dict, object, object]:
+def execute(run: RunSpec, s: Settings, task_data: TaskData, collator, checkpoints: Path,
+            save_model: bool = False) -> tuple[dict, object, object]:
     """Train and evaluate one run; returns (run.json content, metrics frame, predictions frame)."""
     args = TrainingArguments(learning_rate=s.lr, num_train_epochs=s.epochs, per_device_train_batch_size=s.batch_size,
                              seed=run.seed, group_by_length=s.group_by_length)
@@ -199,6 +202,8 @@ def execute(run: RunSpec, s: Settings, task_data: TaskData, collator, checkpoint
                        collator, args, finetune_cache=cache)
     start = time.perf_counter()
     model = train_strategy(run.strategy, ctx)
+    if save_model and hasattr(model, "save_pretrained"):
+        model.save_pretrained(checkpoints / "models" / run.task / s.model / run.strategy / f"seed{run.seed}")
     eval_start = time.perf_counter()
     metrics, predictions = [], []
     for split, dataset in task_data.eval_splits.items():
@@ -269,6 +274,8 @@ def parse_args(argv=None):
     p.add_argument("--shard", help="i/n: run only slice i (0-based) of n of the grid")
     p.add_argument("--force", action="store_true", help="redo runs that are already finished")
     p.add_argument("--no-collect", action="store_true", help="skip collecting the tables at the end")
+    p.add_argument("--save-models", action="store_true",
+                   help="also save every trained multi-exit model (HF format) under CHECKPOINTS/models/")
     return p.parse_args(argv)
 
 
@@ -392,7 +399,8 @@ def main(argv=None) -> int:
         try:
             if run.task not in task_cache:
                 task_cache[run.task] = TaskData(run.task, s, tokenizer)
-            run_json, metrics, predictions = execute(run, s, task_cache[run.task], collator, checkpoints)
+            run_json, metrics, predictions = execute(run, s, task_cache[run.task], collator, checkpoints,
+                                                     a.save_models)
         except data.DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

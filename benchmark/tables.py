@@ -28,11 +28,12 @@ from benchmark import style
 RESULT_FILES = ("exit_accuracy", "exit_counts", "early_exit", "gradient_cosine", "latency")
 
 # The strategies the study compares against (DESIGN section 3), in table order.
-EXISTING = ["joint", "weighted", "alternating", "sweet", "two_stage", "self_distill", "branchwise", "separate"]
+EXISTING = ["joint", "weighted", "alternating", "sweet", "two_stage", "self_distill", "branchwise",
+            "separate"]
 
 RUN_KEYS = ["task", "model", "strategy", "seed"]
-PARAM_KEYS = ["num_layers", "exits", "exit_pooling", "lr", "epochs", "batch_size", "max_length",
-              "max_train_samples", "calib_fraction", "strategy_params"]
+PARAM_KEYS = ["model_path", "num_layers", "exit_layers", "exit_pooling", "lr", "epochs", "batch_size",
+              "max_length", "max_train_samples", "max_eval_samples", "calib_fraction", "strategy_params"]
 
 
 # ---------------------------------------------------------------- loading
@@ -67,38 +68,39 @@ def num_layers(acc: pd.DataFrame, runs: pd.DataFrame | None) -> dict[tuple[str, 
     """L per (task, model): from the run configs, else the deepest exit seen in exit_accuracy."""
     depth = acc.groupby(["task", "model"])["exit_layer"].max().to_dict()
     if runs is not None:
-        for (task, model), layers in runs.dropna(subset=["num_layers"]).groupby(["task", "model"])["num_layers"]:
-            depth[(task, model)] = int(layers.max())
+        configured = runs.dropna(subset=["num_layers"]).groupby(["task", "model"])["num_layers"].max()
+        depth.update({key: int(layers) for key, layers in configured.items()})
     return depth
 
 
 # ---------------------------------------------------------------- per-exit accuracy
 
 def exit_accuracy_summary(acc: pd.DataFrame, metric: str = "accuracy", split: str = "dev") -> pd.DataFrame:
-    """Long form: task, model, strategy, exit_layer, mean, std (percent), n (seeds)."""
+    """Long form: task, model, strategy, exit_layer, mean, std (x100: percent), n (seeds)."""
     rows = acc[(acc["metric"] == metric) & (acc["split"] == split)]
-    out = (rows.groupby(["task", "model", "strategy", "exit_layer"])["value"]
+    out = (rows.groupby(["task", "model", "metric", "strategy", "exit_layer"])["value"]
            .agg(mean="mean", std="std", n="count").reset_index())
     out[["mean", "std"]] *= 100
     return out
 
 
-def _seed_caption(summary: pd.DataFrame) -> str:
+def _seed_caption(summary: pd.DataFrame, what: str = "Dev accuracy (%)") -> str:
     lo, hi = int(summary["n"].min()), int(summary["n"].max())
     seeds = f"{lo}" if lo == hi else f"{lo}-{hi}"
-    return f"Dev accuracy (%), mean ± sample std over seeds (seeds per cell: {seeds})."
+    return f"{what}, mean ± sample std over seeds (seeds per cell: {seeds})."
 
 
-def _strategies_by_exit(summary: pd.DataFrame, strategies: list[str]) -> pd.DataFrame | None:
-    """Rows (task, model, exit_layer); a `<strategy>_mean`, `<strategy>_std` pair per strategy."""
+def _strategies_by_exit(summary: pd.DataFrame, strategies: list[str],
+                        index=("task", "model", "exit_layer")) -> pd.DataFrame | None:
+    """Rows `index`; a `<strategy>_mean`, `<strategy>_std` pair per strategy."""
     rows = summary[summary["strategy"].isin(strategies)]
     if rows.empty:
         return None
-    wide = rows.pivot(index=["task", "model", "exit_layer"], columns="strategy", values=["mean", "std"])
+    wide = rows.pivot(index=list(index), columns="strategy", values=["mean", "std"])
     columns = [(stat, s) for s in style.ordered(rows["strategy"]) for stat in ("mean", "std")]
     wide = wide[columns]
     wide.columns = [f"{s}_{stat}" for stat, s in columns]
-    wide = wide.reset_index().sort_values(["task", "model", "exit_layer"], ignore_index=True)
+    wide = wide.reset_index().sort_values(list(index), ignore_index=True)
     wide.attrs["caption"] = _seed_caption(rows)
     return wide
 
@@ -127,6 +129,18 @@ def table_kd_ablation(acc: pd.DataFrame) -> pd.DataFrame | None:
     if table is not None:
         alphas = ", ".join(f"{style.label(s)}: alpha={style.alpha_of(s)}" for s in style.ordered(family))
         table.attrs["caption"] += f" Balance coefficients: {alphas}."
+    return table
+
+
+def table_official_metric(acc: pd.DataFrame) -> pd.DataFrame | None:
+    """The task's official GLUE metric where it is not accuracy (F1, MCC), x100, every strategy per exit."""
+    metrics = [m for m in acc["metric"].unique() if m != "accuracy"]
+    if not metrics:
+        return None
+    summary = pd.concat([exit_accuracy_summary(acc, metric) for metric in metrics])
+    table = _strategies_by_exit(summary, list(summary["strategy"].unique()),
+                                index=("task", "model", "metric", "exit_layer"))
+    table.attrs["caption"] = _seed_caption(summary, "Dev official metric (x100)")
     return table
 
 
@@ -168,7 +182,7 @@ def _label_counts(counts: dict | None) -> str:
 def table_dataset_statistics(runs: pd.DataFrame) -> pd.DataFrame:
     """Rows and label counts per task as the runs saw them (distinct settings get their own row)."""
     rows = []
-    for task, data in zip(runs["task"], runs["data"]):
+    for task, data in zip(runs["task"], runs["data"], strict=True):
         dev_counts = data.get("dev_label_counts") or {}
         dev_rows = data.get("dev_rows")
         rows.append({
@@ -177,7 +191,8 @@ def table_dataset_statistics(runs: pd.DataFrame) -> pd.DataFrame:
             "train_label_counts": _label_counts(data.get("train_label_counts")),
             "dev_label_counts": _label_counts(dev_counts),
             # The majority-class accuracy: the floor any exit must beat.
-            "dev_majority_pct": 100 * max(dev_counts.values()) / dev_rows if dev_counts and dev_rows else np.nan,
+            "dev_majority_pct": (100 * max(dev_counts.values()) / dev_rows
+                                 if dev_counts and dev_rows else np.nan),
         })
     table = pd.DataFrame(rows).drop_duplicates().sort_values(["task", "train_rows"], ignore_index=True)
     table.attrs["caption"] = "Dataset statistics from the runs' run.json (label counts by label id)."
@@ -185,18 +200,21 @@ def table_dataset_statistics(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _param_value(key: str, value):
-    if key == "exits" and value is not None:
-        return ",".join(str(e) for e in value)
+def _param_value(config: dict, key: str):
+    if key == "exit_layers":
+        # The exits the model really has, main included (fine-tune: only L); older
+        # configs only list the requested intermediate `exits`.
+        layers = config.get("exit_layers") or [*(config.get("exits") or []), config.get("num_layers")]
+        return ",".join(str(e) for e in layers if e is not None)
     if key == "strategy_params":
-        return json.dumps(value or {}, sort_keys=True)
-    return value
+        return json.dumps(config.get(key) or {}, sort_keys=True)
+    return config.get(key)
 
 
 def table_training_parameters(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per distinct (task, model, strategy, configuration); the seeds that share it."""
     rows = [{"task": c.get("task"), "model": c.get("model"), "strategy": c.get("strategy"),
-             **{k: _param_value(k, c.get(k)) for k in PARAM_KEYS}, "seed": c.get("seed")}
+             **{k: _param_value(c, k) for k in PARAM_KEYS}, "seed": c.get("seed")}
             for c in runs["config"]]
     frame = pd.DataFrame(rows)
     keys = ["task", "model", "strategy", *PARAM_KEYS]
@@ -222,8 +240,9 @@ def speedup_at_tolerance(acc: pd.DataFrame, early: pd.DataFrame, runs: pd.DataFr
     higher (more cautious) threshold.
     """
     depth = num_layers(acc, runs)
-    main_layer = pd.Series([depth[(t, m)] for t, m in zip(acc["task"], acc["model"])], index=acc.index)
-    main = acc[(acc["metric"] == "accuracy") & (acc["exit_layer"] == main_layer)]
+    keys = acc[["task", "model", "exit_layer"]].itertuples(index=False)
+    is_main = np.array([layer == depth[(t, m)] for t, m, layer in keys], dtype=bool)
+    main = acc[(acc["metric"] == "accuracy") & is_main]
     main_acc = main.set_index([*RUN_KEYS, "split"])["value"].to_dict()
 
     rows = []
@@ -246,8 +265,9 @@ def speedup_at_tolerance(acc: pd.DataFrame, early: pd.DataFrame, runs: pd.DataFr
             dev = sweep[(sweep["split"] == "dev") & np.isclose(sweep["threshold"], best["threshold"])]
             row["threshold"] = best["threshold"]
             if not dev.empty:
-                row.update(dev_accuracy=100 * dev["accuracy"].iloc[0],
-                           speedup_layers=dev["speedup_layers"].iloc[0], speedup_cost=dev["speedup_cost"].iloc[0])
+                first = dev.iloc[0]
+                row.update(dev_accuracy=100 * first["accuracy"], speedup_layers=first["speedup_layers"],
+                           speedup_cost=first["speedup_cost"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -256,7 +276,8 @@ def _joined(values: pd.Series) -> str:
     return "; ".join(sorted({str(v) for v in values}))
 
 
-def table_speedup_summary(per_seed: pd.DataFrame, rule: str = "maxprob", tolerance: float = 0.01) -> pd.DataFrame:
+def table_speedup_summary(per_seed: pd.DataFrame, rule: str = "maxprob",
+                          tolerance: float = 0.01) -> pd.DataFrame:
     """Mean ± std over seeds of speedup_at_tolerance; seeds with no qualifying threshold are counted apart."""
     groups = per_seed.groupby(["task", "model", "strategy"])
     table = groups.agg(
@@ -308,7 +329,8 @@ def build_tables(results_dir: Path, rule: str = "maxprob", tolerance: float = 0.
     if have("joint_vs_oracle", "exit_accuracy"):
         add("joint_vs_oracle", table_joint_vs_oracle(acc), "no joint and oracle dev accuracy rows")
     if have("existing_strategies", "exit_accuracy"):
-        add("existing_strategies", table_existing_strategies(acc), f"none of {', '.join(EXISTING)} in the results")
+        add("existing_strategies", table_existing_strategies(acc),
+            f"none of {', '.join(EXISTING)} in the results")
     if have("dataset_statistics", "runs"):
         add("dataset_statistics", table_dataset_statistics(runs), "no run data")
     if have("training_parameters", "runs"):
@@ -316,12 +338,14 @@ def build_tables(results_dir: Path, rule: str = "maxprob", tolerance: float = 0.
     if have("accuracy_exit<L>", "exit_accuracy"):
         for name, table in tables_per_exit_layer(acc).items():
             add(name, table, "no dev accuracy rows")
+    if have("official_metric", "exit_accuracy"):
+        add("official_metric", table_official_metric(acc), "no metric other than accuracy (F1 / MCC) stored")
     if have("kd_ablation", "exit_accuracy"):
         add("kd_ablation", table_kd_ablation(acc), "no separate_reverse runs")
     if have("speedup_summary", "exit_accuracy", "early_exit"):
         per_seed = speedup_at_tolerance(acc, early, runs, rule=rule, tolerance=tolerance)
-        add("speedup_summary", table_speedup_summary(per_seed, rule, tolerance) if not per_seed.empty else None,
-            f"no '{rule}' rows in early_exit.parquet")
+        summary = None if per_seed.empty else table_speedup_summary(per_seed, rule, tolerance)
+        add("speedup_summary", summary, f"no '{rule}' rows in early_exit.parquet")
         if "speedup_summary" in tables:
             per_seed.attrs["caption"] = "Per-seed detail of speedup_summary (accuracies in %)."
             tables["speedup_per_seed"] = per_seed
@@ -364,9 +388,9 @@ def to_markdown(table: pd.DataFrame) -> str:
             prefix = col[: -len("_mean")]
             decimals = 2 if prefix.startswith("speedup") else 1
             std = table.get(f"{prefix}_std", pd.Series(np.nan, index=table.index))
-            cells = [_mean_std(m, s, decimals) for m, s in zip(table[col], std)]
+            cells = [_mean_std(m, s, decimals) for m, s in zip(table[col], std, strict=True)]
             if bold is not None and prefix in bold:
-                cells = [f"**{c}**" if b else c for c, b in zip(cells, bold[prefix])]
+                cells = [f"**{c}**" if b else c for c, b in zip(cells, bold[prefix], strict=True)]
             out[_header(prefix)] = cells
         elif col == "strategy":
             out[col] = table[col].map(style.label)
@@ -392,7 +416,8 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path, log=print) -> l
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.tables", description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default results)")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="results folder (default results)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default RESULTS/tables)")
     parser.add_argument("--rule", default="maxprob", help="early-exit rule for the speed-up summary")
     parser.add_argument("--tolerance", type=float, default=0.01, help="accuracy drop allowed (fraction)")
