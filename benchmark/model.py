@@ -104,7 +104,9 @@ def num_layers_of(config) -> int:
 def check_exits(exits, num_layers: int) -> tuple[int, ...]:
     exits = tuple(int(e) for e in exits)
     if any(not 1 <= e < num_layers for e in exits):
-        raise ModelError(f"exit layers {list(exits)} must lie in 1..{num_layers - 1} (the main exit is layer {num_layers})")
+        raise ModelError(
+            f"exit layers {list(exits)} must lie in 1..{num_layers - 1} (the main exit is layer {num_layers})"
+        )
     if any(a >= b for a, b in itertools.pairwise(exits)):
         raise ModelError(f"exit layers {list(exits)} must be strictly increasing")
     return exits
@@ -206,7 +208,8 @@ class MultiExitModel(nn.Module):
     # forward
 
     def _mask(self, hidden, attention_mask):
-        return create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        config = self.backbone.config
+        return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
 
     def _embed(self, input_ids, token_type_ids):
         if self.adapter.uses_token_type_ids and token_type_ids is not None:

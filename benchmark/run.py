@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from benchmark import data, storage
@@ -201,6 +203,8 @@ def execute(run: RunSpec, s: Settings, task_data: TaskData, collator, checkpoint
     ctx = TrainContext(s.model_path, task_data.spec.num_labels, tuple(s.exits), s.exit_pooling, task_data.train,
                        collator, args, finetune_cache=cache)
     start = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     model = train_strategy(run.strategy, ctx)
     if save_model and hasattr(model, "save_pretrained"):
         model.save_pretrained(checkpoints / "models" / run.task / s.model / run.strategy / f"seed{run.seed}")
@@ -224,6 +228,9 @@ def execute(run: RunSpec, s: Settings, task_data: TaskData, collator, checkpoint
         "data": task_data.stats,
         "timings": ctx.timings,
         "wall_time_s": time.perf_counter() - start,
+        "peak_cuda_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        # process-lifetime peak: a run's own peak when it is the process's only run (see bench memory)
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     return run_json, pd.concat(metrics, ignore_index=True), pd.concat(predictions, ignore_index=True)
 
@@ -320,8 +327,12 @@ def _split_strategies(text: str) -> list[str]:
     return names + ([current] if current else [])
 
 
+def pick(flag, default):
+    """A command-line value where given, else the profile's."""
+    return default if flag is None else flag
+
+
 def settings_for(a, prof: Profile, task: str, exits, model_name, model_path) -> Settings:
-    pick = lambda flag, default: default if flag is None else flag
     return Settings(
         model=model_name, model_path=model_path, exits=exits,
         exit_pooling=pick(a.exit_pooling, prof.exit_pooling), lr=pick(a.lr, prof.lr),
