@@ -39,6 +39,7 @@ from benchmark.strategies import (
     TrainContext,
     canonical_name,
     resolve,
+    stages_for,
     train_strategy,
 )
 from benchmark.training import (
@@ -122,8 +123,8 @@ def build_grid(tasks, strategies, seeds, alpha_sweep_tasks=()) -> list[RunSpec]:
         names = list(strategies)
         if task in alpha_sweep_tasks:
             names += [f"separate_reverse@alpha={a:g}" for a in ALPHA_SWEEP]
-        for seed in seeds:
-            grid += [RunSpec(task, canonical_name(s), seed) for s in dict.fromkeys(names)]
+        for seed in dict.fromkeys(seeds):
+            grid += [RunSpec(task, s, seed) for s in dict.fromkeys(canonical_name(s) for s in names)]
     return grid
 
 
@@ -295,9 +296,7 @@ def plan_from_args(a) -> tuple[list[RunSpec], dict, Profile]:
     if a.profile not in PROFILES:
         raise UsageError(f"unknown profile '{a.profile}': choose from {', '.join(PROFILES)}")
     prof = PROFILES[a.profile]
-    tasks = _split(a.tasks) if a.tasks else prof.tasks
-    for t in tasks:
-        data.get_task(t)
+    tasks = list(dict.fromkeys(data.get_task(t).name for t in (_split(a.tasks) if a.tasks else prof.tasks)))
     strategies = prof.strategies if not a.strategies or a.strategies == "all" else _split_strategies(a.strategies)
     for s in strategies:
         resolve(s)
@@ -348,13 +347,15 @@ def check_writable(results: Path) -> None:
     probe = results
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"results folder {results} is not writable; pass --results DIR")
 
 
-def print_plan(grid, todo, model_name, results: Path, checkpoints: Path, settings: dict):
-    done = len(grid) - len(todo)
-    print(f"Plan: {len(grid)} runs of model {model_name}: {done} already finished, {len(todo)} to do "
+def print_plan(grid, todo, model_name, results: Path, checkpoints: Path, settings: dict, shard_of, force):
+    i, n = shard_of
+    where = f"slice {i}/{n} of the grid: " if n > 1 else ""
+    done = "redoing finished runs (--force)" if force else f"{len(grid) - len(todo)} already finished"
+    print(f"Plan: {where}{len(grid)} run(s) of model {model_name}: {done}, {len(todo)} to do "
           f"(results in {results}/runs)")
     for r in todo:
         print(f"  - {r.task} {r.strategy} seed{r.seed}")
@@ -375,6 +376,7 @@ def main(argv=None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     try:
         a = parse_args(argv)
         grid, overrides, prof = plan_from_args(a)
@@ -385,52 +387,31 @@ def main(argv=None) -> int:
         model_name, model_path = resolve_model(a.model or prof.model, checkpoints)
         config = _load_config(model_path)
         exits = list(check_exits(overrides["exits"], num_layers_of(config)))
+        grid = shard(grid, i, n)
+        for name in dict.fromkeys(r.strategy for r in grid):  # the entries' own checks of their values
+            stages_for(name, exits, num_layers_of(config))
+        for task in dict.fromkeys(r.task for r in grid):  # a missing data folder fails now, not mid-grid
+            data.load_glue(task, a.data_dir)
     except (UsageError, data.DataError, StrategyError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    grid = shard(grid, i, n)
     settings = {t: settings_for(a, prof, t, exits, model_name, model_path) for t in dict.fromkeys(r.task for r in grid)}
-    for tmp in storage.stale_temporaries(results):
+    for tmp in storage.stale_temporaries(results) + stale_checkpoints(checkpoints):
         logger.info("removing %s left by a killed run", tmp)
         shutil.rmtree(tmp, ignore_errors=True)
     todo = [r for r in grid if a.force or not storage.is_finished(
         storage.run_dir(results, r.task, model_name, r.strategy, r.seed))]
-    print_plan(grid, todo, model_name, results, checkpoints, settings)
-
-    accelerator = get_accelerator()
-    failures, task_cache = [], {}
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    collator = make_collator(tokenizer)
-    for run in tqdm(todo, desc="grid", disable=not accelerator.is_local_main_process):
-        folder = storage.run_dir(results, run.task, model_name, run.strategy, run.seed)
-        s = settings[run.task]
-        try:
-            if run.task not in task_cache:
-                task_cache[run.task] = TaskData(run.task, s, tokenizer)
-            run_json, metrics, predictions = execute(run, s, task_cache[run.task], collator, checkpoints,
-                                                     a.save_models)
-        except data.DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except (TrainingDiverged, RuntimeError, ValueError) as e:
-            logger.error("run %s %s seed%d failed: %s", run.task, run.strategy, run.seed, e)
-            failures.append((run, str(e)))
-            if accelerator.is_main_process:
-                storage.write_run(folder, {"status": storage.FAILED, "error": str(e),
-                                           "config": {"task": run.task, "strategy": run.strategy, "seed": run.seed,
-                                                      **dataclasses.asdict(s)},
-                                           "env": storage.environment()})
-            continue
-        run_json["env"] = storage.environment()
-        if accelerator.is_main_process:
-            storage.write_run(folder, run_json, metrics, predictions)
-            tqdm.write(summary_line(run, model_name, run_json, metrics))
-        accelerator.wait_for_everyone()
-
-    if not a.no_collect and accelerator.is_main_process:
+    print_plan(grid, todo, model_name, results, checkpoints, settings, (i, n), a.force)
+    try:
+        failures = run_grid(todo, settings, model_name, model_path, results, checkpoints, a.save_models)
+    except KeyboardInterrupt:
+        print("error: interrupted; finished runs are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    except data.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not a.no_collect and get_accelerator().is_main_process:
         from benchmark import collect
 
         collect.collect(results)
@@ -440,6 +421,43 @@ def main(argv=None) -> int:
             print(f"  {run.task} {run.strategy} seed{run.seed}: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_grid(todo, settings, model_name, model_path, results, checkpoints, save_models) -> list:
+    """Train, evaluate and store every run of `todo`; a run that fails is recorded and the grid goes on."""
+    from transformers import AutoTokenizer
+
+    accelerator = get_accelerator()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    collator = make_collator(tokenizer)
+    failures, task_cache = [], {}
+    for run in tqdm(todo, desc="grid", disable=not accelerator.is_local_main_process):
+        folder = storage.run_dir(results, run.task, model_name, run.strategy, run.seed)
+        s = settings[run.task]
+        if run.task not in task_cache:
+            task_cache[run.task] = TaskData(run.task, s, tokenizer)
+        try:
+            run_json, metrics, predictions = execute(run, s, task_cache[run.task], collator, checkpoints, save_models)
+        except (TrainingDiverged, RuntimeError, ValueError) as e:
+            logger.error("run %s %s seed%d failed: %s", run.task, run.strategy, run.seed, e)
+            failures.append((run, str(e)))
+            if accelerator.is_main_process:
+                config = {"task": run.task, "strategy": run.strategy, "seed": run.seed, **dataclasses.asdict(s)}
+                storage.write_run(folder, {"status": storage.FAILED, "error": str(e), "config": config,
+                                           "env": storage.environment()})
+            continue
+        run_json["env"] = storage.environment()
+        if accelerator.is_main_process:
+            storage.write_run(folder, run_json, metrics, predictions)
+            tqdm.write(summary_line(run, model_name, run_json, metrics))
+        accelerator.wait_for_everyone()
+    return failures
+
+
+def stale_checkpoints(checkpoints: Path) -> list[Path]:
+    """Half-saved fine-tuned models of killed runs (seed<k>.tmp-<pid>, process gone)."""
+    return [p for p in Path(checkpoints).glob("finetune/*/*/*/seed*.tmp-*")
+            if not storage.process_alive(p.name.rsplit("-", 1)[-1])]
 
 
 def _load_config(model_path):

@@ -130,13 +130,16 @@ def stale_temporaries(results: Path) -> list[Path]:
     """Temporary folders left by killed runs (their process is gone)."""
     found = []
     for tmp in Path(results).glob(f"runs/*/*/*/{TMP_PREFIX}*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _alive(int(pid)):
+        if not process_alive(tmp.name.rsplit("-", 1)[-1]):
             found.append(tmp)
     return found
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: str) -> bool:
+    """Whether the process that named a temporary folder `...-<pid>` still runs."""
+    if not pid.isdigit():
+        return False
+    pid = int(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

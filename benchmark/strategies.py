@@ -168,9 +168,15 @@ def two_stage(exits, L):
     return [Stage("heads", intermediate_heads, ce_at(exits), max_layer=max(exits))]
 
 
+def _check_tau(tau):
+    if not tau > 0:
+        raise StrategyError(f"tau={tau} must be positive")
+
+
 @register("self_distill", start="finetuned", tau=1.0)
 def self_distill(exits, L, tau):
     """Fine-tune; then backbone frozen, intermediate heads distil the main exit's predictions (FastBERT)."""
+    _check_tau(tau)
     return [Stage("distill", intermediate_heads, self_distill_loss(exits, L, tau), max_layer=max(exits),
                   teacher_exits=(L,))]
 
@@ -213,6 +219,7 @@ def separate_reverse(exits, L, alpha, tau, init, kd):
     """Fine-tune; then exits deep to shallow, each stage distilling the deeper exits from the previous model."""
     if not 0 <= alpha <= 1:
         raise StrategyError(f"alpha={alpha} must lie in [0, 1]")
+    _check_tau(tau)
     if init not in ("random", "copy_main"):
         raise StrategyError(f"init='{init}' unknown: choose random or copy_main")
     if kd not in ("logits", "hidden", "both"):
@@ -274,6 +281,7 @@ def resolve(name: str) -> tuple[Strategy, dict]:
             params[key] = _parse_value(value, params[key])
         except ValueError:
             raise StrategyError(f"bad value '{value}' for {base} parameter {key}") from None
+    strategy.build((1,), 2, **params)  # the entry's own checks of its values, before anything trains
     return strategy, params
 
 
@@ -341,6 +349,7 @@ def _timed(ctx: TrainContext, name: str):
 
 
 def _finetune(ctx: TrainContext, num_layers: int | None = None) -> MultiExitModel:
+    set_seed(ctx.args.seed)  # a checkpoint without a classifier gets its head from the seed, not from history
     model = MultiExitModel.from_backbone(ctx.model_name_or_path, ctx.num_labels, (), ctx.pooling, num_layers)
     return train_stage(model, finetune_stage(model.num_layers), ctx.train_dataset, ctx.collator, ctx.args)
 

@@ -116,7 +116,9 @@ def train_loader(dataset, collator, args: TrainingArguments) -> DataLoader:
 
 
 def eval_loader(dataset, collator, batch_size: int) -> DataLoader:
-    return DataLoader(dataset, batch_size, shuffle=False, collate_fn=collator, pin_memory=torch.cuda.is_available())
+    # its own generator: iterating a DataLoader draws a seed, which would shift every later dropout mask
+    return DataLoader(dataset, batch_size, shuffle=False, collate_fn=collator, generator=torch.Generator(),
+                      pin_memory=torch.cuda.is_available())
 
 
 @torch.no_grad()
