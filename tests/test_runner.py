@@ -116,7 +116,7 @@ def grid(tmp_path_factory, checkpoints):
 
 def test_smoke_grid_writes_complete_run_folders(grid):
     assert plan_lines(grid.stdout) == ["rte joint seed0", "rte two_stage seed0"]
-    assert "Plan: 2 runs of model tiny-bert: 0 already finished, 2 to do" in grid.stdout
+    assert "Plan: 2 run(s) of model tiny-bert: 0 already finished, 2 to do" in grid.stdout
     for strategy in GRID_STRATEGIES:
         path = folder(grid.results, strategy)
         assert storage.is_finished(path), path
@@ -220,7 +220,7 @@ def test_rerun_skips_finished_runs_and_force_redoes_them(grid, tmp_path):
 
     rc, out, err = run_main(argv)
     assert rc == 0, err[-2000:]
-    assert "Plan: 2 runs of model tiny-bert: 2 already finished, 0 to do" in out
+    assert "Plan: 2 run(s) of model tiny-bert: 2 already finished, 0 to do" in out
     assert plan_lines(out) == [] and "seed0: exit 1" not in out
     assert snapshot(results / "runs") == before
 
@@ -313,7 +313,7 @@ def test_killed_grid_resumes_without_redoing_finished_runs(tmp_path, checkpoints
 
     rc, out, err = run_main([*SMALL, "--strategies", ",".join(KILL_STRATEGIES), *where(results, checkpoints)])
     assert rc == 0, err[-3000:]
-    assert "4 runs of model tiny-bert: 3 already finished, 1 to do" in out
+    assert "4 run(s) of model tiny-bert: 3 already finished, 1 to do" in out
     assert plan_lines(out) == ["rte sweet seed0"]
     assert all(storage.is_finished(p) for p in paths)
     now = snapshot(results / "runs")
@@ -515,7 +515,9 @@ def test_cli_shards_print_disjoint_plans_covering_the_grid(tmp_path, checkpoints
         for i in range(n):
             out = _plan([*flags, "--shard", f"{i}/{n}"], monkeypatch, capsys)
             lines = plan_lines(out)
-            assert f"Plan: {len(lines)} runs of model tiny-bert: 0 already finished, {len(lines)} to do" in out
+            where_in_grid = f"slice {i}/{n} of the grid: " if n > 1 else ""
+            header = f"Plan: {where_in_grid}{len(lines)} run(s) of model tiny-bert: 0 already finished"
+            assert f"{header}, {len(lines)} to do" in out
             expected = run.shard(run.build_grid(["rte", "mrpc", "sst2"], ["joint", "two_stage"], [0, 1]), i, n)
             assert lines == [f"{r.task} {r.strategy} seed{r.seed}" for r in expected]
             for task, seed in {(r.task, r.seed) for r in expected}:
