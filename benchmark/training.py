@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -77,7 +78,10 @@ _accelerator: Accelerator | None = None
 
 
 def get_accelerator() -> Accelerator:
-    """One Accelerator per process: DDP across GPUs under `accelerate launch`, bf16 where supported."""
+    """One Accelerator per process: DDP across GPUs under `accelerate launch`, bf16 where supported.
+
+    BENCHMARK_MIXED_PRECISION=no|bf16|fp16 overrides the choice (benchmarks compare them).
+    """
     global _accelerator
     if _accelerator is None:
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -85,7 +89,7 @@ def get_accelerator() -> Accelerator:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         _accelerator = Accelerator(
-            mixed_precision="bf16" if bf16 else "no",
+            mixed_precision=os.environ.get("BENCHMARK_MIXED_PRECISION") or ("bf16" if bf16 else "no"),
             # a stage freezes most parameters; heads outside the loss get no gradient
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
