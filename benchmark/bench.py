@@ -148,13 +148,14 @@ def padding_waste(s: Setup) -> str:
 
 
 def trained_model(s: Setup, task: str) -> MultiExitModel:
-    """The Separate Reverse model the runner saved (--save-models), else one trained here on 2,000 rows."""
+    """The Separate Reverse model the runner saved (--save-models), else one trained here on a few rows."""
     path = s.checkpoints / "models" / task / s.model_name / "separate_reverse" / "seed0"
     if not (path / "config.json").exists():
-        logger.info("no saved separate_reverse model at %s: training one on up to 2,000 %s rows", path, task)
+        rows = min(2000, s.profile.per_task(s.profile.max_train_samples, task) or 2000)
+        logger.info("no saved separate_reverse model at %s: training one on %d %s rows", path, rows, task)
         spec = data.get_task(task)
         ctx = TrainContext(s.model_path, spec.num_labels, tuple(s.profile.exits), s.profile.exit_pooling,
-                           s.split(task, "train", 2000), s.collator, s.args(group_by_length=True))
+                           s.split(task, "train", rows), s.collator, s.args(group_by_length=True))
         train_strategy("separate_reverse", ctx).save_pretrained(path)
     return MultiExitModel.from_pretrained(path).eval()
 

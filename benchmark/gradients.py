@@ -48,8 +48,9 @@ class CosineRecorder:
         grads = {}
         for name, loss in parts.items():
             g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            # float64: a float32 dot product over millions of entries is off by ~1e-5
             grads[int(name.split("@")[1])] = torch.cat(
-                [(x if x is not None else torch.zeros_like(p)).flatten() for x, p in zip(g, params)])
+                [(x if x is not None else torch.zeros_like(p)).flatten() for x, p in zip(g, params)]).double()
         for i, j in itertools.combinations_with_replacement(sorted(grads), 2):
             cos = F.cosine_similarity(grads[i], grads[j], dim=0).item()
             self.rows.append({"step": self.step, "exit_i": i, "exit_j": j, "cosine": cos})

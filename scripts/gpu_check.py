@@ -98,7 +98,7 @@ def latency(a) -> list[dict]:
     model = MultiExitModel(BertForSequenceClassification(cfg), exits, "cls").to(device).eval()
     for head in model.heads.values():  # sharper random heads: confidences spread over (0.5, 1)
         head[-1].weight.mul_(20)
-    data = random_dataset(256, cfg.vocab_size, seed=1)
+    data = random_dataset(a.latency_rows, cfg.vocab_size, seed=1)
     rows = []
     for bs in (1, 32):
         batches = [{k: v.to(device) for k, v in b.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -133,6 +133,7 @@ def main():
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--rows", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--latency-rows", type=int, default=256)
     p.add_argument("--only", choices=["throughput", "latency"])
     a = p.parse_args()
     if a.only == "throughput":
