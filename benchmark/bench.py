@@ -36,7 +36,7 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from benchmark import data, storage
 from benchmark.model import MultiExitModel, resolve_model
-from benchmark.run import PROFILES
+from benchmark.profiles import PROFILES
 from benchmark.strategies import REGISTRY, TrainContext, train_strategy
 from benchmark.training import TrainingArguments, eval_loader, make_collator, predict_logits, train_loader, train_stage
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from benchmark import data, storage
 from benchmark.model import ModelError, MultiExitModel, resolve_model
-from benchmark.run import PROFILES
+from benchmark.profiles import PROFILES
 from benchmark.strategies import REGISTRY
 from benchmark.training import TrainingArguments, make_collator, train_stage
 

@@ -22,7 +22,7 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from benchmark import data, storage
 from benchmark.evaluation import exit_metrics
 from benchmark.model import ModelError, check_exits, num_layers_of, resolve_model
+from benchmark.profiles import ALPHA_SWEEP, PROFILES, Profile
 from benchmark.strategies import (
     REGISTRY,
     StrategyError,
@@ -51,45 +52,6 @@ from benchmark.training import (
 )
 
 logger = logging.getLogger("benchmark.run")
-
-ALL_STRATEGIES = list(REGISTRY)
-ALPHA_SWEEP = (0.1, 0.3, 0.7, 0.9)  # with separate_reverse (0.5) and _nokd (0): DESIGN's balance sweep
-
-
-@dataclass
-class Profile:
-    model: str
-    tasks: list[str]
-    exits: list[int]
-    exit_pooling: str
-    lr: float
-    epochs: dict[str, float]  # per task; "*" for the rest
-    max_train_samples: dict[str, int | None] = field(default_factory=dict)
-    max_eval_samples: int | None = None
-    strategies: list[str] = field(default_factory=lambda: list(ALL_STRATEGIES))
-    alpha_sweep_tasks: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    batch_size: int = 32
-    max_length: int = 128
-    group_by_length: bool = False
-
-    def per_task(self, table: dict, task: str):
-        return table.get(task, table.get("*"))
-
-
-PROFILES = {
-    # CPU profiles batch by length: on SST-2, random batches of 32 pad to 3x the real tokens
-    "smoke": Profile("tiny-bert", ["rte"], [1, 2, 3], "mean", 1e-3, {"*": 1}, {"*": 256}, max_eval_samples=128,
-                     group_by_length=True),
-    "quick": Profile("minilm-l6", ["sst2"], [1, 2, 3], "mean", 1e-4, {"*": 1}, {"*": 4000},
-                     strategies=["finetune", "joint", "two_stage", "separate_reverse", "separate_reverse_nokd",
-                                 "oracle"], group_by_length=True),
-    "cpu": Profile("minilm-l6", ["sst2", "mrpc"], [1, 2, 3], "mean", 1e-4, {"sst2": 2, "mrpc": 3},
-                   {"sst2": 8000}, alpha_sweep_tasks=["sst2"], group_by_length=True),
-    "paper": Profile("bert-base-uncased", ["rte", "mrpc", "sst2", "qnli", "qqp", "mnli"], [2, 4, 6], "cls", 2e-5,
-                     {"*": 3}, alpha_sweep_tasks=["rte", "mrpc"], seeds=[0, 1, 2]),
-}
-
 
 class UsageError(ValueError):
     """Bad command-line input: reported in one line, exit code 2, nothing written."""
