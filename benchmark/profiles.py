@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from benchmark.strategies import REGISTRY
 
 ALL_STRATEGIES = list(REGISTRY)
-ALPHA_SWEEP = (0.1, 0.3, 0.7, 0.9)  # with separate_reverse (0.5) and _nokd (0): DESIGN's balance sweep
+X
 
 
 @dataclass

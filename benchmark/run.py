@@ -80,13 +80,13 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def build_grid(tasks, strategies, seeds, alpha_sweep_tasks=()) -> list[RunSpec]:
-    grid = []
-    for task in tasks:
-        names = list(strategies)
-        if task in alpha_sweep_tasks:
-            names += [f"separate_reverse@alpha={a:g}" for a in ALPHA_SWEEP]
-        for seed in dict.fromkeys(seeds):
-            grid += [RunSpec(task, s, seed) for s in dict.fromkeys(canonical_name(s) for s in names)]
+    """Every (task, strategy, seed); the alpha sweep comes after the main comparison on every task,
+    so that a grid stopped part-way has compared all strategies first."""
+    names = list(dict.fromkeys(canonical_name(s) for s in strategies))
+    sweep = [canonical_name(f"separate_reverse@alpha={a:g}") for a in ALPHA_SWEEP]
+    grid = [RunSpec(t, s, seed) for t in tasks for seed in dict.fromkeys(seeds) for s in names]
+    grid += [RunSpec(t, s, seed) for t in tasks if t in alpha_sweep_tasks for seed in dict.fromkeys(seeds)
+             for s in sweep if s not in names]
     return grid
 
 
