@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from benchmark.strategies import REGISTRY
 
 ALL_STRATEGIES = list(REGISTRY)
-X
+# with separate_reverse (0.5) and _nokd (0): DESIGN's balance sweep; the strongest KD first
+ALPHA_SWEEP = (0.9, 0.7, 0.3, 0.1)
 
 
 @dataclass
