@@ -169,7 +169,8 @@ def fig_exit_shares(counts: pd.DataFrame, task: str, model: str, rule: str = "ma
     rows = rows[np.isclose(rows["threshold"], threshold)]
     if rows.empty:
         raise MissingInput(f"no '{rule}' dev rows at threshold {threshold} in exit_counts.parquet")
-    rows = rows[rows["strategy"].isin(_main_strategies(rows))]
+    # fine-tuning has one exit: all of its samples leave at L, which says nothing about exits
+    rows = rows[rows["strategy"].isin(_main_strategies(rows)) & (rows["strategy"] != "finetune")]
     # A writer may drop zero counts: complete each run's exits with zeros before averaging shares.
     full = rows.pivot_table(index=["strategy", "seed"], columns="exit_layer", values="count", aggfunc="sum")
     shares = full.fillna(0).div(full.sum(axis=1), axis=0).mul(100).stack().rename("share").reset_index()
