@@ -206,7 +206,8 @@ def train_stage(
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     model.train()
 
-    step = 0
+    step, on_gpu = 0, accelerator.device.type == "cuda"
+    nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
     progress = tqdm(total=total_steps, desc=stage.name, leave=False, disable=not accelerator.is_local_main_process)
     while step < total_steps:
         for batch in loader:
@@ -219,8 +220,10 @@ def train_stage(
                 )
                 teacher_out = teacher(batch) if teacher is not None else None
                 loss, parts = stage.loss(StepInputs(outputs, batch["labels"], teacher_out, step))
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"non-finite loss ({loss.item()}) in stage '{stage.name}' at step {step}")
+            nonfinite |= ~torch.isfinite(loss.detach())
+            # reading the flag syncs host and device: every step on CPU (free), every 50 on a GPU
+            if (not on_gpu or step % 50 == 0 or step + 1 == total_steps) and nonfinite.item():
+                raise TrainingDiverged(f"non-finite loss in stage '{stage.name}' at or before step {step}")
             if on_step is not None:
                 on_step(accelerator.unwrap_model(model), parts)
             accelerator.backward(loss)

@@ -491,7 +491,7 @@ def test_non_finite_loss_raises(model, tiny_ds, collator, bad):
     def loss(s):
         return s.outputs.at(L).sum() * bad, {}
 
-    with pytest.raises(TrainingDiverged, match="stage 'broken' at step 0"):
+    with pytest.raises(TrainingDiverged, match="stage 'broken' at or before step 0"):
         run(model, Stage("broken", lambda m: [m], loss), tiny_ds, collator)
 
 
