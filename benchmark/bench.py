@@ -76,8 +76,8 @@ class Setup:
 
     def args(self, **kw):
         p = self.profile
-        return TrainingArguments(learning_rate=p.lr, num_train_epochs=1, per_device_train_batch_size=p.batch_size,
-                                 seed=0, **kw)
+        return TrainingArguments(**{"learning_rate": p.lr, "num_train_epochs": 1,
+                                    "per_device_train_batch_size": p.batch_size, "seed": 0, **kw})
 
 
 # --- 1. training overhead -----------------------------------------------------------------------------
@@ -221,8 +221,11 @@ def bench_teacher(s: Setup, repeats: int, rows: int) -> pd.DataFrame:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ["cached", "per_step"] * repeats:
+            # the profile's epochs: the cached teacher pays once per stage, the per-step one once per epoch
+            args = s.args(teacher_outputs=mode, group_by_length=True,
+                          num_train_epochs=s.profile.per_task(s.profile.epochs, task))
             ctx = TrainContext(s.model_path, 2, tuple(s.profile.exits), s.profile.exit_pooling, train, s.collator,
-                               s.args(teacher_outputs=mode, group_by_length=True), finetune_cache=Path(tmp) / "ft")
+                               args, finetune_cache=Path(tmp) / "ft")
             model = train_strategy("separate_reverse", ctx)
             # the stages' own time (teacher pass included), not the shared fine-tuning
             seconds = sum(v for k, v in ctx.timings.items() if k != "finetune")

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -130,13 +131,17 @@ def predict_logits(model, dataset, collator, batch_size: int = 128, max_layer=No
     """Logits of every exit for every row, in dataset order: [rows, exits, classes] (float32, CPU)."""
     accelerator = get_accelerator()
     model = model.to(accelerator.device).eval()
+    # batches of similar length pad less (3x fewer tokens on SST-2); rows go back to dataset order below
+    order = np.argsort([len(x) for x in dataset["input_ids"]], kind="stable")
     chunks = []
-    for batch in eval_loader(dataset, collator, batch_size):
+    for batch in eval_loader(dataset.select(order), collator, batch_size):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             out = model(**_model_inputs(batch), max_layer=max_layer)
         chunks.append(torch.stack(out.logits, 1).float().cpu())
-    return torch.cat(chunks)
+    logits = torch.empty_like(torch.cat(chunks))
+    logits[torch.as_tensor(order)] = torch.cat(chunks)
+    return logits
 
 
 class TeacherOutputs:
