@@ -170,7 +170,9 @@ def execute(run: RunSpec, s: Settings, task_data: TaskData, collator, checkpoint
         torch.cuda.reset_peak_memory_stats()
     model = train_strategy(run.strategy, ctx)
     if save_model and hasattr(model, "save_pretrained"):
-        model.save_pretrained(checkpoints / "models" / run.task / s.model / run.strategy / f"seed{run.seed}")
+        folder = checkpoints / "models" / run.task / s.model / run.strategy / f"seed{run.seed}"
+        model.save_pretrained(folder)
+        collator.tokenizer.save_pretrained(folder)
     eval_start = time.perf_counter()
     metrics, predictions = [], []
     for split, dataset in task_data.eval_splits.items():

@@ -367,6 +367,7 @@ def finetuned_model(ctx: TrainContext) -> MultiExitModel:
         # written to a temporary folder, then renamed: a killed run leaves no half-saved model
         tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
         model.save_pretrained(tmp)
+        ctx.collator.tokenizer.save_pretrained(tmp)  # a self-contained folder: without it AutoTokenizer guesses
         try:
             tmp.rename(path)
         except OSError:  # another process finished it first
