@@ -265,18 +265,22 @@ class MultiExitModel(nn.Module):
         alive = torch.arange(n, device=input_ids.device)
         hidden = self._embed(input_ids, token_type_ids)
         mask = self._mask(hidden, attention_mask)
+        exits = set(self.exits)
         for depth, layer in enumerate(self.layers(), start=1):
             hidden = self._layer(layer, hidden, mask)
-            if depth not in self.exit_layers:
+            if depth != self.num_layers and depth not in exits:
                 continue
             probs = self.head(depth)(pool(hidden, attention_mask, self.pooling)).float().softmax(-1)
             conf, label = probs.max(-1)
-            leaving = torch.ones_like(conf, dtype=torch.bool) if depth == self.num_layers else conf >= threshold
-            idx = alive[leaving]
-            preds[idx], exit_layer[idx], probs_out[idx] = label[leaving], depth, probs[leaving]
-            if leaving.all():
+            # one host read per exit: how many leave here (everyone at the main exit)
+            leaving = conf >= (threshold if depth != self.num_layers else -1.0)
+            n_leaving = int(leaving.sum())
+            if n_leaving == len(alive):  # the rest leave: write them and stop
+                preds[alive], exit_layer[alive], probs_out[alive] = label, depth, probs
                 break
-            if leaving.any():
+            if n_leaving:
+                idx = alive[leaving]
+                preds[idx], exit_layer[idx], probs_out[idx] = label[leaving], depth, probs[leaving]
                 stay = ~leaving
                 alive, hidden, attention_mask = alive[stay], hidden[stay], attention_mask[stay]
                 mask = self._mask(hidden, attention_mask)
