@@ -154,8 +154,9 @@ def fig_speedup_vs_threshold(early: pd.DataFrame, latency: pd.DataFrame | None, 
     measured = _select(latency, task, model) if latency is not None and rule == "maxprob" else None
     for (s, batch), run in [] if measured is None else measured.groupby(["strategy", "batch_size"]):
         curve = run.groupby("threshold")["measured_speedup"].mean()
-        ax.plot(curve.index, curve.values, ls="--", marker="x", color=style.color(s),
-                label=f"{style.label(s)}, measured (batch {batch})")
+        single = batch == 1  # batch 1 and batch 32 told apart by line and marker, same colour
+        ax.plot(curve.index, curve.values, ls="--" if single else ":", marker="x" if single else "o",
+                markersize=4, color=style.color(s), label=f"{style.label(s)}, measured wall clock (batch {batch})")
     ax.set(xlabel=_threshold_label(rule), ylabel="speed-up (layers)")
     ax.set_title(_title(task, model))
     _legend(fig, _band_note(rows), _labels(_main_strategies(rows)))
