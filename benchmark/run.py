@@ -246,6 +246,7 @@ def parse_args(argv=None):
     p.add_argument("--shard", help="i/n: run only slice i (0-based) of n of the grid")
     p.add_argument("--force", action="store_true", help="redo runs that are already finished")
     p.add_argument("--no-collect", action="store_true", help="skip collecting the tables at the end")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--save-models", action="store_true",
                    help="also save every trained multi-exit model (HF format) under CHECKPOINTS/models/")
     return p.parse_args(argv)
@@ -367,6 +368,8 @@ def main(argv=None) -> int:
     todo = [r for r in grid if a.force or not storage.is_finished(
         storage.run_dir(results, r.task, model_name, r.strategy, r.seed))]
     print_plan(grid, todo, model_name, results, checkpoints, settings, (i, n), a.force)
+    if a.dry_run:
+        return 0
     try:
         failures = run_grid(todo, settings, model_name, model_path, results, checkpoints, a.save_models)
     except KeyboardInterrupt:

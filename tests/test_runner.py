@@ -568,3 +568,11 @@ def test_collect_names_corrupt_and_temporary_folders_and_keeps_the_rest(grid, tm
         assert set(on_disk["strategy"]) == {"two_stage"} and set(on_disk["seed"]) == {0}, name
         assert len(on_disk) == len(tables[name])
     assert collect.main(["--results", str(results)]) == 0
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, checkpoints):
+    results = tmp_path / "results"
+    rc, out, err = run_main([*SMALL, "--strategies", "joint,two_stage", "--dry-run", *where(results, checkpoints)])
+    assert rc == 0, err
+    assert plan_lines(out) == ["rte joint seed0", "rte two_stage seed0"]
+    assert not results.exists()
