@@ -288,7 +288,10 @@ def main(argv=None) -> int:
     try:
         s = Setup(a)
         for name in BENCHES if a.which == "all" else [a.which]:
-            df = BENCHES[name](s, a.repeats, a.rows or DEFAULT_ROWS[name])
+            # the smoke profile checks the mechanics on the tiny model: a few rows, two repeats
+            smoke = a.profile == "smoke"
+            rows = a.rows or (min(DEFAULT_ROWS[name], 64) if smoke else DEFAULT_ROWS[name])
+            df = BENCHES[name](s, min(a.repeats, 2) if smoke else a.repeats, rows)
             storage.write_table(df, Path(a.results) / "bench" / f"{name}.parquet")
             if name == "latency":
                 storage.write_table(df, Path(a.results) / "latency.parquet")
