@@ -157,6 +157,7 @@ def trained_model(s: Setup, task: str) -> MultiExitModel:
         ctx = TrainContext(s.model_path, spec.num_labels, tuple(s.profile.exits), s.profile.exit_pooling,
                            s.split(task, "train", rows), s.collator, s.args(group_by_length=True))
         train_strategy("separate_reverse", ctx).save_pretrained(path)
+        s.tokenizer.save_pretrained(path)
     return MultiExitModel.from_pretrained(path).eval()
 
 
