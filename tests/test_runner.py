@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import collect, run, storage
+from benchmark import collect, profiles, run, storage
 from benchmark.data import get_task
 from benchmark.model import resolve_model
 from benchmark.strategies import REGISTRY, Strategy
@@ -476,8 +476,8 @@ def _check_partition(grid_, n):
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
 def test_shards_partition_a_realistic_grid(n):
     tasks, seeds = ["rte", "mrpc", "sst2"], [0, 1, 2]
-    full = run.build_grid(tasks, run.ALL_STRATEGIES, seeds, alpha_sweep_tasks=["rte"])
-    assert len(full) == len(set(full)) == 3 * len(run.ALL_STRATEGIES) * 3 + 4 * 3
+    full = run.build_grid(tasks, profiles.ALL_STRATEGIES, seeds, alpha_sweep_tasks=["rte"])
+    assert len(full) == len(set(full)) == 3 * len(profiles.ALL_STRATEGIES) * 3 + 4 * 3
     assert sum(r.strategy.startswith("separate_reverse@alpha=") for r in full) == 12
     slices = _check_partition(full, n)
     if n == 1:
