@@ -14,7 +14,6 @@ import argparse
 import os
 import sys
 
-import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
