@@ -165,7 +165,7 @@ def execute(run: RunSpec, s: Settings, task_data: TaskData, collator, checkpoint
     cache.parent.mkdir(parents=True, exist_ok=True)
     ctx = TrainContext(s.model_path, task_data.spec.num_labels, tuple(s.exits), s.exit_pooling, task_data.train,
                        collator, args, finetune_cache=cache)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     model = train_strategy(run.strategy, ctx)
@@ -193,6 +193,9 @@ def execute(run: RunSpec, s: Settings, task_data: TaskData, collator, checkpoint
         "data": task_data.stats,
         "timings": ctx.timings,
         "wall_time_s": time.perf_counter() - start,
+        # CPU seconds of all the process's threads: well below wall x torch threads means the run
+        # shared the cores with another job (or was paused), and its wall time overstates the cost
+        "cpu_time_s": time.process_time() - cpu_start,
         "peak_cuda_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         # process-lifetime peak: a run's own peak when it is the process's only run (see bench memory)
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -32,6 +32,7 @@ EXISTING = ["joint", "weighted", "alternating", "sweet", "two_stage", "self_dist
             "separate"]
 
 RUN_KEYS = ["task", "model", "strategy", "seed"]
+COST_KEYS = ["wall_time_s", "cpu_time_s", "peak_rss_mb", "peak_cuda_memory_mb"]
 PARAM_KEYS = ["model_path", "num_layers", "exit_layers", "exit_pooling", "lr", "epochs", "batch_size",
               "max_length", "max_train_samples", "max_eval_samples", "calib_fraction", "strategy_params"]
 
@@ -49,7 +50,9 @@ def load_runs(results_dir: Path) -> pd.DataFrame | None:
             continue
         config = run.get("config", {})
         rows.append({**{k: config.get(k) for k in RUN_KEYS}, "num_layers": config.get("num_layers"),
-                     "config": config, "data": run.get("data", {})})
+                     "config": config, "data": run.get("data", {}), "timings": run.get("timings") or {},
+                     **{k: run.get(k) for k in COST_KEYS}, "torch_threads": run.get("env", {}).get("torch_threads"),
+                     "device": run.get("env", {}).get("device")})
     return pd.DataFrame(rows) if rows else None
 
 
@@ -226,6 +229,43 @@ def table_training_parameters(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _stage_times(timings: list[dict]) -> str:
+    """'stage s, ...' averaged over seeds; a shared fine-tune loaded from the cache costs 0 s here."""
+    names = list(dict.fromkeys(name for t in timings for name in t))
+    return ", ".join(f"{name} {np.mean([t.get(name, 0.0) for t in timings]):.0f} s" for name in names)
+
+
+def table_training_cost(runs: pd.DataFrame) -> pd.DataFrame:
+    """Wall time, per-stage times and peak memory per (task, model, strategy), mean over seeds.
+
+    cpu_busy = process CPU time / (wall time x torch threads), on CPU runs: near 1 when the run had
+    the cores to itself; well below when another job shared them or the run was paused, so its
+    wall time overstates what the strategy costs. Older run.json files lack cpu_time_s (empty).
+    """
+    frame = runs.copy()
+    for key in COST_KEYS:
+        frame[key] = pd.to_numeric(frame[key], errors="coerce")
+    threads = pd.to_numeric(frame["torch_threads"], errors="coerce")
+    frame["cpu_busy"] = np.where(frame["device"] == "cpu", frame["cpu_time_s"] / (frame["wall_time_s"] * threads),
+                                 np.nan)
+    groups = frame.groupby(["task", "model", "strategy"], sort=False)
+    table = groups.agg(seeds=("seed", "count"), wall_time_s=("wall_time_s", "mean"),
+                       cpu_busy=("cpu_busy", "mean"), peak_rss_mb=("peak_rss_mb", "max"),
+                       peak_cuda_memory_mb=("peak_cuda_memory_mb", "max")).reset_index()
+    table.insert(5, "stages", [_stage_times(list(g["timings"])) for _, g in groups])
+    if table["peak_cuda_memory_mb"].isna().all():
+        table = table.drop(columns="peak_cuda_memory_mb")
+    table["_order"] = table["strategy"].map(style.sort_key)
+    table = table.sort_values(["task", "model", "_order"], ignore_index=True).drop(columns="_order")
+    table.attrs["caption"] = (
+        "Training cost per run, mean over seeds: wall time of training + evaluation (the shared fine-tune "
+        "counts once, in the run that trained it; 0 s where loaded from the cache), per-stage times, "
+        "process peak memory. cpu_busy = CPU time / (wall time x threads): well below 1 means the run "
+        "shared the cores or was paused and its wall time overstates the cost (empty: not recorded).")
+    table.attrs["decimals"] = {"wall_time_s": 0, "cpu_busy": 2, "peak_rss_mb": 0, "peak_cuda_memory_mb": 0}
+    return table
+
+
 # ---------------------------------------------------------------- speed-up summary
 
 def speedup_at_tolerance(acc: pd.DataFrame, early: pd.DataFrame, runs: pd.DataFrame | None = None,
@@ -335,6 +375,8 @@ def build_tables(results_dir: Path, rule: str = "maxprob", tolerance: float = 0.
         add("dataset_statistics", table_dataset_statistics(runs), "no run data")
     if have("training_parameters", "runs"):
         add("training_parameters", table_training_parameters(runs), "no run configs")
+    if have("training_cost", "runs"):
+        add("training_cost", table_training_cost(runs), "no finished runs")
     if have("accuracy_exit<L>", "exit_accuracy"):
         for name, table in tables_per_exit_layer(acc).items():
             add(name, table, "no dev accuracy rows")

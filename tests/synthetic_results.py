@@ -149,7 +149,9 @@ def _run_json(task: str, strategy: str, seed: int, labels: dict[str, np.ndarray]
                  "dev_label_counts": counts(labels["dev"])},
         "timings": {"finetune": 100.0 + seed, "exits": 50.0},
         "wall_time_s": 150.0 + seed,
-        "env": {"python": "3.11", "device": "cpu"},
+        "cpu_time_s": 150.0 + seed,  # half of 2 threads: as if another job shared the cores
+        "peak_rss_mb": 1000.0 + 10 * seed,
+        "env": {"python": "3.11", "device": "cpu", "torch_threads": 2},
     }
 
 

@@ -102,7 +102,7 @@ def test_every_table_is_written(built, tmp_path):
     built_tables, log = built
     assert log == []
     expected = {"joint_vs_oracle", "existing_strategies", "dataset_statistics", "training_parameters",
-                "kd_ablation", "official_metric", "speedup_summary", "speedup_per_seed"}
+                "training_cost", "kd_ablation", "official_metric", "speedup_summary", "speedup_per_seed"}
     expected |= {f"accuracy_exit{layer}_{MODEL}" for layer in (1, 2, 3, NUM_LAYERS)}
     assert set(built_tables) == expected
     written = tables.write_tables(built_tables, tmp_path, log=lambda _: None)
@@ -209,9 +209,9 @@ def test_missing_input_skips_only_its_table(copy_of):
     shutil.rmtree(broken / "runs")
     log = []
     built_tables = tables.build_tables(broken, log=log.append)
-    assert not {"speedup_summary", "dataset_statistics", "training_parameters"} & set(built_tables)
+    assert not {"speedup_summary", "dataset_statistics", "training_parameters", "training_cost"} & set(built_tables)
     assert {"joint_vs_oracle", "kd_ablation", f"accuracy_exit1_{MODEL}"} <= set(built_tables)
-    assert len(log) == 3
+    assert len(log) == 4
     assert "early_exit.parquet" in next(line for line in log if "speedup_summary" in line)
 
 
@@ -224,6 +224,16 @@ def test_dataset_and_parameter_tables_ignore_failed_runs(built):
     assert exits[("sst2", "joint")] == f"1,2,3,{NUM_LAYERS}"
     stats = built[0]["dataset_statistics"].set_index("task")
     assert stats.loc["sst2", "train_rows"] == 8000 and stats.loc["mrpc", "dev_rows"] == 240
+
+
+def test_training_cost_averages_seeds_and_flags_shared_cores(built):
+    cost = built[0]["training_cost"].set_index(["task", "strategy"])
+    row = cost.loc[("sst2", "joint")]  # synthetic run.json: seeds 0 and 1, wall 150 + seed, cpu = wall
+    assert row["seeds"] == 2 and row["wall_time_s"] == pytest.approx(150.5)
+    assert row["cpu_busy"] == pytest.approx(0.5)  # cpu / (wall x 2 threads)
+    assert row["peak_rss_mb"] == pytest.approx(1010.0)
+    assert row["stages"] == "finetune 100 s, exits 50 s"
+    assert "sweet" not in set(cost.index.get_level_values("strategy"))  # failed runs cost nothing here
 
 
 def test_style_is_deterministic():

@@ -143,6 +143,7 @@ def test_smoke_grid_writes_complete_run_folders(grid):
         stages = {"joint": {"joint"}, "two_stage": {"finetune", "heads"}}[strategy]
         assert stages | {"evaluate"} <= set(meta["timings"]), meta["timings"]
         assert all(v >= 0 for v in meta["timings"].values()) and meta["wall_time_s"] > 0
+        assert 0 < meta["cpu_time_s"] and meta["peak_rss_mb"] > 0
 
         predictions = pd.read_parquet(path / "predictions.parquet")
         assert list(predictions.columns) == ["split", "example_id", "label", "num_tokens", "exit_layer", "probs"]
