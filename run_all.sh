@@ -45,11 +45,11 @@ fi
 [ "$status" -eq 2 ] && exit 2   # bad input: nothing ran
 
 # 2. gradient conflict between exits during joint training (RTE, batch 8, as the study)
-$PY -m benchmark.gradients --profile "$profile" --task rte --results "$results" || status=$?
+$PY -m benchmark.gradients --profile "$profile" --task rte --results "$results" --skip-existing || status=$?
 
 # 3. speed benchmarks (latency of real early exit, training overhead, teacher caching)
 if $PY -c "import benchmark.bench" >/dev/null 2>&1; then
-  $PY -m benchmark.bench all --profile "$profile" --results "$results" || status=$?
+  $PY -m benchmark.bench all --profile "$profile" --results "$results" --skip-existing || status=$?
 fi
 
 # 4. tables, figures and report, from stored results only

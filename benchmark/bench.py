@@ -285,6 +285,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir")
     p.add_argument("--results", default="results")
     p.add_argument("--checkpoints", default="checkpoints")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip a benchmark whose results already hold this model (run_all resumes)")
     a = p.parse_args(argv)
     try:
         s = Setup(a)
@@ -292,10 +294,17 @@ def main(argv=None) -> int:
             # the smoke profile checks the mechanics on the tiny model: a few rows, two repeats
             smoke = a.profile == "smoke"
             rows = a.rows or (min(DEFAULT_ROWS[name], 64) if smoke else DEFAULT_ROWS[name])
-            df = BENCHES[name](s, min(a.repeats, 2) if smoke else a.repeats, rows)
-            storage.write_table(df, Path(a.results) / "bench" / f"{name}.parquet")
+            # rows are kept per model: a smoke run on the tiny model leaves the MiniLM numbers alone
+            keys = {"model": s.model_name}
+            path = Path(a.results) / "bench" / f"{name}.parquet"
+            if a.skip_existing and storage.has_rows(path, keys):
+                print(f"bench {name}: {path} already holds {s.model_name}; kept (run without --skip-existing "
+                      "to redo it)")
+                continue
+            df = BENCHES[name](s, min(a.repeats, 2) if smoke else a.repeats, rows).assign(**keys)
+            storage.replace_rows(path, df, keys)
             if name == "latency":
-                storage.write_table(df, Path(a.results) / "latency.parquet")
+                storage.replace_rows(Path(a.results) / "latency.parquet", df, keys)
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -76,15 +76,6 @@ def probe(task: str, model_path: str, exits, pooling: str, steps: int, batch_siz
     return pd.concat([per_step, mirrored], ignore_index=True)
 
 
-def replace_rows(path: Path, new: pd.DataFrame, keys: dict) -> None:
-    """Store `new`, replacing earlier rows of the same (task, model) and keeping every other one."""
-    if path.exists():
-        old = pd.read_parquet(path)
-        keep = ~((old["task"] == keys["task"]) & (old["model"] == keys["model"]))
-        new = pd.concat([old[keep], new], ignore_index=True)
-    storage.write_table(new, path)
-
-
 def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     p = argparse.ArgumentParser(prog="python -m benchmark.gradients", description=__doc__.split("\n")[0])
@@ -100,6 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir")
     p.add_argument("--results", default="results")
     p.add_argument("--checkpoints", default="checkpoints")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="do nothing when the results already hold this task and model's cosines (run_all resumes)")
     a = p.parse_args(argv)
     try:
         if a.profile not in PROFILES:
@@ -110,6 +103,11 @@ def main(argv=None) -> int:
         pooling, lr = a.exit_pooling or prof.exit_pooling, a.lr or prof.lr
         if a.steps < 1:
             raise ModelError(f"--steps {a.steps} must be at least 1")
+        stored = Path(a.results) / "gradient_cosine.parquet"
+        if a.skip_existing and storage.has_rows(stored, {"task": a.task, "model": model_name}):
+            print(f"gradient probe: {stored} already holds {a.task} / {model_name}; kept (run without "
+                  "--skip-existing to redo it)")
+            return 0
         per_step = probe(a.task, model_path, exits, pooling, a.steps, a.batch_size, lr, a.seed, a.data_dir)
     except (data.DataError, ModelError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -119,8 +117,8 @@ def main(argv=None) -> int:
     mean = (per_step.groupby(["exit_i", "exit_j"])["cosine"].agg(cosine="mean", steps="count")
             .reset_index().assign(**keys))[["task", "model", "exit_i", "exit_j", "cosine", "steps"]]
     results = Path(a.results)
-    replace_rows(results / "gradient_cosine.parquet", mean, keys)
-    replace_rows(results / "gradient_cosine_steps.parquet", per_step, keys)
+    storage.replace_rows(results / "gradient_cosine.parquet", mean, keys)
+    storage.replace_rows(results / "gradient_cosine_steps.parquet", per_step, keys)
     print(mean.pivot(index="exit_i", columns="exit_j", values="cosine").round(3).to_string())
     return 0
 

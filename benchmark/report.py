@@ -741,7 +741,9 @@ def section_scale(data: Data) -> str:
                      f"{_values(c.get('batch_size') for c in configs)}, exit pooling "
                      f"{_values(c.get('exit_pooling') for c in configs)}.")
         lines.append(f"- {finished} finished runs, total wall time {_duration(wall)} (sum of run.json "
-                     f"wall_time_s)" + (f"; {unfinished} unfinished run.json ignored." if unfinished else "."))
+                     f"wall_time_s; per run and stage, and whether a run shared the cores: "
+                     "tables/training_cost.md)"
+                     + (f"; {unfinished} unfinished run.json ignored." if unfinished else "."))
     lines.append("")
     if data.summary is None:
         lines.append(f"No per-exit accuracy: {_no_acc(data)}.")

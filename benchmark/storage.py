@@ -156,3 +156,29 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
     df.to_parquet(tmp, index=False)
     tmp.replace(path)
+
+
+def replace_rows(path: Path, new: pd.DataFrame, keys: dict) -> None:
+    """Store `new`, replacing the stored rows that match `keys` (column -> value) and keeping every other row.
+
+    The probe and the benchmarks of one model must not erase another model's (a smoke run on the
+    tiny model next to the MiniLM results)."""
+    path = Path(path)
+    if path.exists():
+        old = pd.read_parquet(path)
+        same = np.ones(len(old), dtype=bool)
+        for column, value in keys.items():
+            same &= (old[column] == value).to_numpy() if column in old else False
+        new = pd.concat([old[~same], new], ignore_index=True)
+    write_table(new, path)
+
+
+def has_rows(path: Path, keys: dict) -> bool:
+    """Whether the parquet file at `path` holds rows matching every `keys` column -> value."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    old = pd.read_parquet(path)
+    if any(column not in old for column in keys):
+        return False
+    return bool(np.logical_and.reduce([(old[c] == v).to_numpy() for c, v in keys.items()]).any())

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark import bench, gradients
+from benchmark import bench, gradients, storage
 from benchmark.model import MultiExitModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,3 +87,25 @@ def test_gpu_check_script_runs_on_cpu_tiny(tmp_path):
     rows = pd.read_json(tmp_path / "gpu_check.json")
     assert set(rows.measure) == {"finetune_throughput", "early_exit_latency"}
     assert (rows.dropna(subset=["samples_per_s"]).samples_per_s > 0).all()
+
+
+def test_resume_skips_stored_probe_and_bench_and_keeps_other_models(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GLUE_DIR", GLUE_DIR)
+    results = tmp_path / "results"
+    other = pd.DataFrame({"mode": ["cached"], "seconds": [1.0], "model": ["minilm-l6"]})
+    storage.write_table(other, results / "bench" / "teacher.parquet")  # another model's numbers
+    common = ["--profile", "smoke", "--results", str(results), "--checkpoints", str(tmp_path / "ck")]
+    bench_args = ["teacher", *common, "--repeats", "1", "--rows", "32", "--skip-existing"]
+    assert bench.main(bench_args) == 0
+    stored = pd.read_parquet(results / "bench" / "teacher.parquet")
+    assert set(stored["model"]) == {"minilm-l6", "tiny-bert"}  # added beside, not over
+    assert bench.main(bench_args) == 0  # second time: kept, nothing rewritten
+    assert "already holds tiny-bert" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_parquet(results / "bench" / "teacher.parquet"), stored)
+
+    probe_args = ["--task", "rte", "--steps", "2", "--skip-existing", *common]
+    assert gradients.main(probe_args) == 0
+    first = pd.read_parquet(results / "gradient_cosine_steps.parquet")
+    assert gradients.main(probe_args) == 0
+    assert "already holds rte / tiny-bert" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_parquet(results / "gradient_cosine_steps.parquet"), first)
