@@ -58,8 +58,12 @@ def _main_strategies(frame: pd.DataFrame) -> list[str]:
 
 
 def _band_note(rows: pd.DataFrame) -> str:
-    n = rows["seed"].nunique() if "seed" in rows else 1
-    return f"mean ± 1 sd, {n} seeds" if n > 1 else "1 seed"
+    if "seed" not in rows or rows["seed"].nunique() <= 1:
+        return "1 seed"
+    # seeds per strategy: a second seed for a few strategies must not read as two seeds for all
+    per = rows.groupby("strategy")["seed"].nunique() if "strategy" in rows else rows[["seed"]].nunique()
+    low, high = int(per.min()), int(per.max())
+    return f"mean ± 1 sd, {low if low == high else f'{low}-{high}'} seeds"
 
 
 def _mean_sd(rows: pd.DataFrame, by: str, value: str) -> pd.DataFrame:

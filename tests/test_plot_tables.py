@@ -284,3 +284,10 @@ def test_modules_do_not_load_model_code():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
                           check=False)
     assert done.stdout.split() == ["False", "False"], done.stderr
+
+
+def test_band_note_counts_seeds_per_strategy():
+    rows = pd.DataFrame({"strategy": ["joint", "joint", "oracle"], "seed": [0, 1, 0]})
+    assert plot._band_note(rows) == "mean ± 1 sd, 1-2 seeds"  # not "2 seeds" for every curve
+    assert plot._band_note(rows[rows.strategy == "joint"]) == "mean ± 1 sd, 2 seeds"
+    assert plot._band_note(rows[rows.strategy == "oracle"]) == "1 seed"
