@@ -158,6 +158,16 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
+def _matching(frame: pd.DataFrame, keys: dict) -> np.ndarray:
+    """Rows of `frame` whose every `keys` column equals its value (none when a column is missing)."""
+    same = np.ones(len(frame), dtype=bool)
+    for column, value in keys.items():
+        if column not in frame:
+            return np.zeros(len(frame), dtype=bool)
+        same &= (frame[column] == value).to_numpy()
+    return same
+
+
 def replace_rows(path: Path, new: pd.DataFrame, keys: dict) -> None:
     """Store `new`, replacing the stored rows that match `keys` (column -> value) and keeping every other row.
 
@@ -166,19 +176,11 @@ def replace_rows(path: Path, new: pd.DataFrame, keys: dict) -> None:
     path = Path(path)
     if path.exists():
         old = pd.read_parquet(path)
-        same = np.ones(len(old), dtype=bool)
-        for column, value in keys.items():
-            same &= (old[column] == value).to_numpy() if column in old else False
-        new = pd.concat([old[~same], new], ignore_index=True)
+        new = pd.concat([old[~_matching(old, keys)], new], ignore_index=True)
     write_table(new, path)
 
 
 def has_rows(path: Path, keys: dict) -> bool:
     """Whether the parquet file at `path` holds rows matching every `keys` column -> value."""
     path = Path(path)
-    if not path.exists():
-        return False
-    old = pd.read_parquet(path)
-    if any(column not in old for column in keys):
-        return False
-    return bool(np.logical_and.reduce([(old[c] == v).to_numpy() for c, v in keys.items()]).any())
+    return path.exists() and bool(_matching(pd.read_parquet(path), keys).any())

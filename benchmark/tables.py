@@ -48,11 +48,11 @@ def load_runs(results_dir: Path) -> pd.DataFrame | None:
         run = json.loads(path.read_text())
         if run.get("status") != "finished":
             continue
-        config = run.get("config", {})
+        config, env = run.get("config", {}), run.get("env", {})
         rows.append({**{k: config.get(k) for k in RUN_KEYS}, "num_layers": config.get("num_layers"),
                      "config": config, "data": run.get("data", {}), "timings": run.get("timings") or {},
-                     **{k: run.get(k) for k in COST_KEYS}, "torch_threads": run.get("env", {}).get("torch_threads"),
-                     "device": run.get("env", {}).get("device")})
+                     **{k: run.get(k) for k in COST_KEYS}, "torch_threads": env.get("torch_threads"),
+                     "device": env.get("device")})
     return pd.DataFrame(rows) if rows else None
 
 
